@@ -1,15 +1,40 @@
-"""Async-first Python SDK for the MonoCloud Management API."""
+"""Async-first Python SDK for the MonoCloud Management API.
+
+>>> async with MonoCloudClient(domain="acme.us.monocloud.com", api_key="...") as client:
+...     user = await client.users.add_phone("UOtBaOybB6dTpIJNrnkRw", "+919988776655")
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from monocloud_async._bulk import BulkReport, BulkResult, BulkRun, PhoneAssignment
+from monocloud_async._client import MonoCloudClient
+from monocloud_async._ratelimit import TokenBucket
+from monocloud_async._retry import AttemptEvent, RetryPolicy
 from monocloud_async.errors import APIError, MonoCloudError, RateLimitError
+from monocloud_async.models import User, UserPhone
 
-__all__ = ["APIError", "MonoCloudError", "RateLimitError", "__version__"]
+__all__ = [
+    "APIError",
+    "AttemptEvent",
+    "BulkReport",
+    "BulkResult",
+    "BulkRun",
+    "MonoCloudClient",
+    "MonoCloudError",
+    "PhoneAssignment",
+    "RateLimitError",
+    "RetryPolicy",
+    "TokenBucket",
+    "User",
+    "UserPhone",
+    "__version__",
+]
 
 
 def __getattr__(name: str) -> Any:
+    # Looked up lazily: reading package metadata costs import time.
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415
 

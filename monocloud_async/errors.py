@@ -96,13 +96,23 @@ class TransportError(MonoCloudError):
     Attributes:
         maybe_sent: True when the request may have reached the server (for example a read
             timeout or a disconnect after the request was written).
+        retryable: False when another attempt cannot help (a TLS certificate failure).
     """
 
     maybe_sent: bool
+    retryable: bool
 
-    def __init__(self, message: str, *, attempts: int = 0, maybe_sent: bool = True) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        attempts: int = 0,
+        maybe_sent: bool = True,
+        retryable: bool = True,
+    ) -> None:
         super().__init__(message, attempts=attempts)
         self.maybe_sent = maybe_sent
+        self.retryable = retryable
 
 
 class MonoCloudConnectionError(TransportError, ConnectionError):

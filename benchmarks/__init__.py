@@ -1,0 +1,1 @@
+"""Benchmarks for monocloud-async (see benchmarks/README.md)."""

@@ -1,0 +1,159 @@
+"""Pacing: when a client may send, composed from the primitives in ``_ratelimit``.
+
+Before every request a call passes the client's 429 gate, the caller's limiter (if any) and
+the client's own rate (announced by the server's headers, or learned from its 429s). After
+every response the pacer reads the rate-limit headers and adjusts all three.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Final
+
+import attrs
+
+from monocloud_async import errors
+from monocloud_async._ratelimit import AdaptiveRateLimiter, RateLimiter, RateLimitGate
+from monocloud_async._sansio import (
+    NO_RATE_LIMIT_INFO,
+    RateLimitInfo,
+    parse_rate_limit,
+    parse_retry_after,
+)
+
+__all__ = ["HEADER_RATE_MARGIN", "Pacer"]
+
+#: Share of a server-announced rate the client sends at: jitter on the way to the server
+#: must not turn a client running exactly at the limit into 429s and whole-second stalls.
+HEADER_RATE_MARGIN: Final = 0.985
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@attrs.define(eq=False)
+class Pacer:
+    """Decides when each request of one client may go out.
+
+    Attributes:
+        gate: The shared "resume at" gate closed by 429s and by ``remaining: 0`` answers.
+        limiter: The caller's own limiter (``rate_limiter=``), or None.
+        adaptive: The client's own rate: unlimited until the server announces a rate in its
+            headers (then followed) or, with no caller limiter and no headers, learned from
+            throttling.
+    """
+
+    clock: Clock = time.monotonic
+    sleep: Sleep = asyncio.sleep
+    wall_clock: Clock = time.time
+    limiter: RateLimiter | None = None
+    gate: RateLimitGate = attrs.field(init=False)
+    adaptive: AdaptiveRateLimiter = attrs.field(init=False)
+    _announced: float | None = attrs.field(init=False, default=None)
+    _probe: asyncio.Event | None = attrs.field(init=False, default=None)
+    _probing: bool = attrs.field(init=False, default=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.gate = RateLimitGate(clock=self.clock, sleep=self.sleep)
+        self.adaptive = AdaptiveRateLimiter(clock=self.clock, sleep=self.sleep)
+
+    @property
+    def learning(self) -> bool:
+        """Whether the client is learning the limit from 429s (no limiter, no headers)."""
+        return self.limiter is None and self._announced is None
+
+    def gate_wait(self) -> float:
+        """Seconds until the shared gate opens (0 when open)."""
+        return self.gate.wait_time()
+
+    async def before_send(self, deadline_at: float | None, max_wait: float) -> None:
+        """Wait until this client may send.
+
+        Raises:
+            RateLimitError: the gate stays closed longer than ``max_wait`` or the deadline.
+        """
+        if self._probe is None or not self._probe.is_set():
+            await self._first_contact()
+        wait = self.gate.wait_time()
+        if wait > 0:
+            if wait > max_wait or (deadline_at is not None and self.clock() + wait > deadline_at):
+                limit = (
+                    "the deadline allows" if wait <= max_wait else f"max_retry_after ({max_wait} s)"
+                )
+                raise errors.RateLimitError(
+                    f"429 Too Many Requests: rate limited for {wait:.2f} s, longer than {limit}",
+                    status=429,
+                    retry_after=wait,
+                )
+            await self.gate.wait()
+        if self.limiter is not None:
+            await self.limiter.acquire()
+        await self.adaptive.acquire()
+
+    async def _first_contact(self) -> None:
+        # Until the server has answered once we know nothing about its limit, so the first
+        # request of a client goes alone; everyone else waits for its headers (one round
+        # trip, once per client) instead of a whole burst meeting an unknown limit.
+        if self._probe is None:
+            self._probe = asyncio.Event()
+            self._probing = True
+            return
+        if self._probing and not self._probe.is_set():
+            await self._probe.wait()
+
+    def observe(self, status: int, headers: Mapping[str, str]) -> RateLimitInfo:
+        """Learn from a response: announced rates, ``remaining: 0``, successes."""
+        if self._probe is not None and not self._probe.is_set():
+            self._probe.set()
+        info = (
+            parse_rate_limit(headers, self.wall_clock())
+            if _has_rate_headers(headers)
+            else (NO_RATE_LIMIT_INFO)
+        )
+        if info is not NO_RATE_LIMIT_INFO:
+            rate = info.rate
+            if rate is not None and rate > 0 and rate != self._announced:
+                self._announced = rate
+                self.adaptive.set_rate(rate * HEADER_RATE_MARGIN)
+            if info.remaining is not None and info.remaining <= 0 and info.reset:
+                self.gate.close_until(self.clock() + info.reset)
+        if self.learning and 200 <= status < 300:  # noqa: PLR2004
+            self.adaptive.on_success()
+        return info
+
+    def on_throttle(
+        self, headers: Mapping[str, str], info: RateLimitInfo, sent_at: float
+    ) -> float | None:
+        """Handle a 429: close the shared gate for the stated time and cut a learned rate.
+
+        Returns the server's stated wait in seconds (``Retry-After``, else the rate-limit
+        reset), or None when it stated none.
+        """
+        stated = parse_retry_after(headers.get("Retry-After"), self.wall_clock())
+        if stated is None and info.reset is not None:
+            stated = info.reset
+        if stated is not None:
+            self.gate.close_until(self.clock() + stated)
+        if self.learning:
+            self.adaptive.on_throttle(sent_at)
+        return stated
+
+    def release_probe(self) -> None:
+        """Let waiting calls go when the first request failed without any response."""
+        if self._probe is not None and not self._probe.is_set():
+            self._probe.set()
+
+
+def _has_rate_headers(headers: Mapping[str, str]) -> bool:
+    return (
+        "RateLimit" in headers
+        or "RateLimit-Remaining" in headers
+        or "RateLimit-Limit" in headers
+        or "X-RateLimit-Remaining" in headers
+        or "X-RateLimit-Limit" in headers
+        or "RateLimit-Policy" in headers
+        or "RateLimit-Reset" in headers
+        or "X-RateLimit-Reset" in headers
+    )

@@ -1,0 +1,482 @@
+"""Rate-limit primitives: pure, clock-driven building blocks the client composes.
+
+Every object here takes its time source as arguments (``clock``: monotonic seconds, default
+:func:`time.monotonic`; ``sleep``: an awaitable sleep, default :func:`asyncio.sleep`), so
+tests drive time exactly and nothing here reads the wall clock or sleeps on its own.
+
+- :class:`RateLimiter`: the protocol a client-side limiter satisfies (``async acquire()``).
+- :class:`TokenBucket`: an in-process limiter with FIFO waiters and a safety margin.
+- :class:`RateLimitGate`: the shared "resume at" gate that 429 answers close.
+- :class:`AdaptiveRateLimiter`: learns a tenant's limit from 429s when nothing announces it.
+- :class:`RetryBudget`: gRPC-style retry throttling, so an outage does not multiply traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Final, Protocol, runtime_checkable
+
+import attrs
+
+from monocloud_async.errors import ConfigurationError
+
+__all__ = [
+    "AdaptiveRateLimiter",
+    "RateLimitGate",
+    "RateLimiter",
+    "RetryBudget",
+    "TokenBucket",
+]
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+#: Default burst of a :class:`TokenBucket`, in seconds' worth of its rate (never below 1).
+DEFAULT_BURST_SECONDS: Final = 0.05
+#: Share of the burst a :class:`TokenBucket` may hold, and so release at once.
+BURST_MARGIN: Final = 0.5
+#: Largest random delay a :class:`RateLimitGate` adds when it reopens, in seconds ...
+GATE_SPREAD_MAX: Final = 0.05
+#: ... and as a share of how long the waiter waited (the smaller of the two applies).
+GATE_SPREAD_SHARE: Final = 0.1
+
+# A token is "there" when the bucket is this close to it: sleeping exactly the computed time
+# must not leave 0.9999999 tokens and a second, tiny sleep.
+_TOKEN_EPSILON: Final = 1e-9
+
+
+def _rate_value(name: str, value: float, *, minimum: float = 0.0) -> float:
+    """Return ``value`` as a float, or raise ConfigurationError if not finite and > minimum."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or number <= minimum:
+        raise ConfigurationError(f"{name} must be a finite number above {minimum:g}, got {value!r}")
+    return number
+
+
+def _rng_or_default(rng: random.Random | None) -> random.Random:
+    return random.Random() if rng is None else rng  # noqa: S311 (jitter, not cryptography)
+
+
+@runtime_checkable
+class RateLimiter(Protocol):
+    """Anything that paces requests: ``await limiter.acquire()`` before each one is sent."""
+
+    async def acquire(self) -> None:
+        """Wait until one more request may be sent, and account for it."""
+        ...
+
+
+@attrs.define(eq=False, repr=False)
+class TokenBucket:
+    """An in-process token bucket: at most ``rate`` requests per second, FIFO.
+
+    Tokens accrue at ``rate`` per second; each :meth:`acquire` takes one, waiting (one timed
+    sleep, never polling) when none is left. Waiters are served strictly in arrival order, so
+    no caller starves however many wait; a waiter cancelled while waiting takes nothing and
+    the next one inherits its place in time.
+
+    Safety margin: requests reach a server with jitter, so a client paced exactly at the
+    server's limit still meets 429s (and then whole-second ``Retry-After`` pauses) if it also
+    spends its whole burst at once. This bucket therefore holds at most half of ``burst``
+    (but at least the one token a request needs), starts with that much, and so never lets
+    more than half the burst out back to back: configured at exactly a server's rate and
+    burst, it leaves half the server's burst free to absorb jitter.
+
+    Args:
+        rate: Requests per second; finite and above 0.
+        burst: Largest number of requests the server accepts back to back; at least 1.
+            Default ``max(1, rate * 0.05)``: a twentieth of a second's worth, recomputed when
+            the rate changes. Half of it can go out at once (see above).
+        clock: Monotonic time in seconds.
+        sleep: Awaitable sleep, in the same seconds as ``clock``.
+
+    Raises:
+        ConfigurationError: ``rate`` or ``burst`` is out of range.
+    """
+
+    _rate: float = attrs.field()
+    _burst_setting: float | None = attrs.field(default=None, alias="burst")
+    _clock: Clock = attrs.field(default=time.monotonic, kw_only=True)
+    _sleep: Sleep = attrs.field(default=asyncio.sleep, kw_only=True)
+    _tokens: float = attrs.field(init=False, default=0.0)
+    _updated_at: float = attrs.field(init=False, default=0.0)
+    _waiters: collections.deque[asyncio.Future[None]] = attrs.field(
+        init=False, factory=collections.deque
+    )
+    _rate_changed: asyncio.Future[None] | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        """Validate the rate and burst, and fill the bucket to its margin."""
+        self._rate = _rate_value("rate", self._rate)
+        if self._burst_setting is not None:
+            # A burst below 1 could never let a request through.
+            self._burst_setting = _rate_value("burst", self._burst_setting, minimum=1.0 - 1e-12)
+        self._tokens = self._capacity
+        self._updated_at = self._clock()
+
+    def __repr__(self) -> str:
+        """Show the rate and burst."""
+        return f"TokenBucket(rate={self._rate!r}, burst={self.burst!r})"
+
+    @property
+    def rate(self) -> float:
+        """Requests per second."""
+        return self._rate
+
+    @property
+    def burst(self) -> float:
+        """The burst: as given, else ``max(1, rate * 0.05)`` for the current rate."""
+        if self._burst_setting is not None:
+            return self._burst_setting
+        return max(1.0, self._rate * DEFAULT_BURST_SECONDS)
+
+    @property
+    def _capacity(self) -> float:
+        return max(1.0, self.burst * BURST_MARGIN)
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate from now on; tokens accrued so far are kept (up to the capacity).
+
+        A waiter asleep for its token re-plans at once, so a higher rate takes effect without
+        waiting out a sleep planned at the old one.
+
+        Args:
+            rate: Requests per second; finite and above 0.
+
+        Raises:
+            ConfigurationError: ``rate`` is out of range.
+        """
+        rate = _rate_value("rate", rate)
+        self._refill()
+        self._rate = rate
+        self._tokens = min(self._tokens, self._capacity)
+        if self._rate_changed is not None:
+            _resolve(self._rate_changed)
+
+    async def acquire(self) -> None:
+        """Wait for a token, in arrival order, and take it.
+
+        Cancelling a waiter takes nothing from the bucket and delays nobody behind it.
+        """
+        if not self._waiters and self._take():
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(turn)
+        try:
+            if self._waiters[0] is not turn:
+                await turn  # resolved by the waiter ahead when it leaves the queue
+            while not self._take():
+                await self._nap((1.0 - self._tokens) / self._rate)
+        finally:
+            if self._waiters[0] is turn:
+                self._waiters.popleft()
+            else:
+                self._waiters.remove(turn)
+            if self._waiters:
+                _resolve(self._waiters[0])
+
+    def _refill(self) -> None:
+        now = self._clock()
+        elapsed = now - self._updated_at
+        if elapsed > 0:
+            self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        self._updated_at = now
+
+    def _take(self) -> bool:
+        self._refill()
+        if self._tokens >= 1.0 - _TOKEN_EPSILON:
+            self._tokens -= 1.0
+            return True
+        return False
+
+    async def _nap(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less if :meth:`set_rate` is called meanwhile."""
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        nap = asyncio.ensure_future(self._sleep(seconds))
+        nap.add_done_callback(functools.partial(_resolve, woken))
+        self._rate_changed = woken
+        try:
+            await woken
+        finally:
+            self._rate_changed = None
+            nap.cancel()
+        if nap.done() and not nap.cancelled():
+            nap.result()  # surface a failing sleep instead of losing it
+
+
+def _resolve(future: asyncio.Future[None], _: object = None) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+@attrs.define(eq=False, repr=False)
+class RateLimitGate:
+    """The shared "resume at" gate: while it is closed, nobody sends.
+
+    A 429 (or a ``remaining: 0`` answer) closes the gate until the server's stated time;
+    every call of the client waits at the gate before sending, so one throttled call pauses
+    them all instead of each meeting its own 429.
+
+    When the gate reopens, each waiter that had to wait resumes after a small random delay of
+    up to ``min(0.05 s, 10% of the time it waited)``, so the waiters do not all hit the
+    server in the same instant (a stampede that would meet the next 429).
+
+    Args:
+        clock: Monotonic time in seconds.
+        sleep: Awaitable sleep, in the same seconds as ``clock``.
+        rng: Source of the reopening spread; a private ``random.Random()`` by default.
+    """
+
+    _clock: Clock = time.monotonic
+    _sleep: Sleep = asyncio.sleep
+    _rng: random.Random = attrs.field(default=None, converter=_rng_or_default)
+    _resume_at: float = attrs.field(init=False, default=-math.inf)
+
+    def __repr__(self) -> str:
+        """Show whether the gate is open, and for how long it stays closed."""
+        wait = self.wait_time()
+        return "RateLimitGate(open)" if wait <= 0 else f"RateLimitGate(closed, {wait:.3f}s left)"
+
+    @property
+    def is_open(self) -> bool:
+        """Whether a request may go out now."""
+        return self.wait_time() <= 0
+
+    def close_until(self, resume_at: float) -> None:
+        """Keep the gate closed until ``resume_at`` (a ``clock`` time).
+
+        The gate only ever extends: a time earlier than the current one is ignored.
+        """
+        self._resume_at = max(self._resume_at, resume_at)
+
+    def wait_time(self) -> float:
+        """Seconds until the gate opens; 0 when it is open."""
+        return max(0.0, self._resume_at - self._clock())
+
+    async def wait(self) -> None:
+        """Return when the gate is open; at once if it is open now.
+
+        A gate extended while waiting is waited out too. A waiter that had to wait adds its
+        random spread (see the class) before returning, and re-checks the gate afterwards.
+        """
+        started = self._clock()
+        while (remaining := self.wait_time()) > 0:
+            await self._sleep(remaining)
+            if self.wait_time() <= 0:
+                waited = self._clock() - started
+                spread = self._rng.uniform(0.0, min(GATE_SPREAD_MAX, GATE_SPREAD_SHARE * waited))
+                if spread > 0:
+                    await self._sleep(spread)
+
+
+@attrs.define(eq=False, repr=False)
+class AdaptiveRateLimiter:
+    """A limiter that learns the tenant's rate limit from throttling (429s).
+
+    Used when nothing announces the limit: no configured rate and no rate-limit headers. It
+    lets requests through unlimited until the first throttle, then paces them with a
+    :class:`TokenBucket` whose rate follows a CUBIC curve (as the AWS SDKs' adaptive retry
+    mode and TCP CUBIC do):
+
+    - **Cut once per congestion event.** :meth:`on_throttle` cuts the rate to
+      ``cut_factor`` times the rate in force (the first time: the send rate measured over
+      the last ``window`` seconds; later: the lower of that and the current rate), and
+      remembers that rate as the curve's plateau. A throttle for a request sent at or before
+      the last cut belongs to the same event and is ignored: with many requests in flight,
+      cutting on each of them (as the AWS SDKs do) compounds into a rate a fraction of the
+      real limit. As in TCP, one cut per round trip of evidence.
+    - **Increase along a cubic.** :meth:`on_success` raises the rate along
+      ``plateau * (1 + cubic_scale * (t - K) ** 3)``, ``t`` seconds after the cut, with ``K``
+      the time it takes to climb back to the plateau: fast while well below the plateau,
+      nearly flat around it, and accelerating again past it. Compared with a linear (AIMD)
+      increase, this spends most of the time just under the learned limit, yet finds a raised
+      limit within seconds instead of tens of seconds. The curve is scaled to the plateau, so
+      its time constants do not depend on the size of the limit. The rate never rises above
+      twice the measured send rate, so a client that idles does not "learn" a rate it never
+      tried.
+
+    Constants (tuned with the discrete-event simulation in ``tests/test_ratelimit.py``):
+    ``cut_factor=0.8``, ``cubic_scale=0.1`` (``K`` is then about 1.26 s), ``window=1.0``.
+
+    Args:
+        clock: Monotonic time in seconds.
+        sleep: Awaitable sleep, in the same seconds as ``clock``.
+        min_rate: The rate is never cut below this many requests per second.
+        cut_factor: Share of the rate kept by a cut, in (0, 1).
+        cubic_scale: Steepness of the increase, per second cubed, relative to the plateau.
+        window: Seconds of send history behind the measured send rate.
+
+    Raises:
+        ConfigurationError: A parameter is out of range.
+    """
+
+    _clock: Clock = time.monotonic
+    _sleep: Sleep = asyncio.sleep
+    _min_rate: float = attrs.field(default=1.0, kw_only=True)
+    _cut_factor: float = attrs.field(default=0.8, kw_only=True)
+    _cubic_scale: float = attrs.field(default=0.1, kw_only=True)
+    _window: float = attrs.field(default=1.0, kw_only=True)
+    _plateau_share: float = attrs.field(default=1.0, kw_only=True)
+    _bucket: TokenBucket | None = attrs.field(init=False, default=None)
+    _sent: collections.deque[float] = attrs.field(init=False, factory=collections.deque)
+    _last_cut_at: float = attrs.field(init=False, default=-math.inf)
+    _plateau: float = attrs.field(init=False, default=0.0)
+    _epoch: float = attrs.field(init=False, default=0.0)
+    _climb: float = attrs.field(init=False, default=0.0)
+
+    def __attrs_post_init__(self) -> None:
+        """Validate the parameters."""
+        self._min_rate = _rate_value("min_rate", self._min_rate)
+        self._cut_factor = _rate_value("cut_factor", self._cut_factor)
+        self._cubic_scale = _rate_value("cubic_scale", self._cubic_scale)
+        self._window = _rate_value("window", self._window)
+        if self._cut_factor >= 1.0:
+            raise ConfigurationError(f"cut_factor must be below 1, got {self._cut_factor!r}")
+
+    def __repr__(self) -> str:
+        """Show the current rate (None: unlimited)."""
+        return f"AdaptiveRateLimiter(rate={self.rate!r})"
+
+    @property
+    def rate(self) -> float | None:
+        """The current rate in requests per second, or None while unlimited."""
+        return None if self._bucket is None else self._bucket.rate
+
+    def measured_rate(self) -> float:
+        """Requests sent per second over the last ``window`` seconds."""
+        self._forget_before(self._clock())
+        return len(self._sent) / self._window
+
+    async def acquire(self) -> None:
+        """Wait until the learned rate allows one more request (at once while unlimited)."""
+        if self._bucket is not None:
+            await self._bucket.acquire()
+        now = self._clock()
+        self._sent.append(now)
+        self._forget_before(now)
+
+    def set_rate(self, rate: float) -> None:
+        """Pace at ``rate`` from now on, as the plateau of the increase curve.
+
+        Used for a rate announced by the server: the rate stays near it for a while and only
+        then probes above it.
+
+        Raises:
+            ConfigurationError: ``rate`` is out of range.
+        """
+        rate = _rate_value("rate", rate)
+        self._plateau = rate
+        self._epoch = self._clock()
+        self._climb = 0.0
+        self._apply(rate)
+
+    def on_throttle(self, sent_at: float) -> None:
+        """Account for a throttled (429) request sent at ``sent_at`` (a ``clock`` time).
+
+        Cuts the rate unless the request was sent at or before the last cut (same event).
+        """
+        if sent_at <= self._last_cut_at:
+            return
+        now = self._clock()
+        measured = self.measured_rate()
+        if self._bucket is None:
+            plateau = base = measured
+        else:
+            plateau = self._bucket.rate
+            base = plateau if measured <= 0 else min(plateau, measured)
+        plateau = max(plateau * self._plateau_share, self._min_rate)
+        rate = max(base * self._cut_factor, self._min_rate)
+        self._last_cut_at = now
+        self._plateau = plateau
+        self._epoch = now
+        self._climb = math.cbrt(max(0.0, 1.0 - rate / plateau) / self._cubic_scale)
+        self._apply(rate)
+
+    def on_success(self) -> None:
+        """Account for a request that was not throttled: raise the rate along the curve."""
+        if self._bucket is None:
+            return
+        elapsed = self._clock() - self._epoch
+        target = self._plateau * (1.0 + self._cubic_scale * (elapsed - self._climb) ** 3)
+        target = min(target, 2.0 * self.measured_rate())
+        if target > self._bucket.rate:
+            self._bucket.set_rate(target)
+
+    def _apply(self, rate: float) -> None:
+        if self._bucket is None:
+            self._bucket = TokenBucket(rate, clock=self._clock, sleep=self._sleep)
+        else:
+            self._bucket.set_rate(rate)
+
+    def _forget_before(self, now: float) -> None:
+        horizon = now - self._window
+        sent = self._sent
+        while sent and sent[0] <= horizon:
+            sent.popleft()
+
+
+@attrs.define(eq=False, repr=False)
+class RetryBudget:
+    """Client-wide retry throttling in the style of gRPC's ``retryThrottling``.
+
+    The budget holds up to ``max_tokens`` tokens and starts full. Every failed attempt spends
+    one token, every success refills ``token_ratio``; retries are allowed only while more
+    than half the tokens are left. Counting is in thousandths, as gRPC does, so the
+    arithmetic is exact.
+
+    With the defaults (100 tokens, 0.1 per success) and a total outage, about 50 failures
+    drain the budget to half, after which each call makes a single attempt: over 2,000 calls
+    of 4 attempts at most that is 2,037 attempts (1.02 per call) instead of 8,000. Once calls
+    succeed again, 501 successes refill the budget above half and retries resume by
+    themselves.
+
+    Args:
+        max_tokens: Size of the budget; finite and above 0.
+        token_ratio: Tokens refilled per success; finite and above 0.
+
+    Raises:
+        ConfigurationError: A parameter is out of range.
+    """
+
+    _max_tokens: float = 100.0
+    _token_ratio: float = 0.1
+    _milli_max: int = attrs.field(init=False, default=0)
+    _milli_ratio: int = attrs.field(init=False, default=0)
+    _milli_tokens: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        """Validate the parameters and start with a full budget."""
+        self._max_tokens = _rate_value("max_tokens", self._max_tokens)
+        self._token_ratio = _rate_value("token_ratio", self._token_ratio)
+        self._milli_max = round(self._max_tokens * 1000)
+        self._milli_ratio = max(1, round(self._token_ratio * 1000))
+        self._milli_tokens = self._milli_max
+
+    def __repr__(self) -> str:
+        """Show the tokens left."""
+        return f"RetryBudget(tokens={self.tokens:g}/{self._max_tokens:g})"
+
+    @property
+    def tokens(self) -> float:
+        """Tokens left."""
+        return self._milli_tokens / 1000
+
+    def can_retry(self) -> bool:
+        """Whether a failed attempt may be retried: more than half the tokens are left."""
+        return 2 * self._milli_tokens > self._milli_max
+
+    def on_failure(self) -> None:
+        """Spend one token for a failed attempt (never below zero)."""
+        self._milli_tokens = max(0, self._milli_tokens - 1000)
+
+    def on_success(self) -> None:
+        """Refill ``token_ratio`` tokens for a success (never above ``max_tokens``)."""
+        self._milli_tokens = min(self._milli_max, self._milli_tokens + self._milli_ratio)
