@@ -220,8 +220,22 @@ class Engine:
 
     async def _run(self, call: _Call, slot: asyncio.Semaphore | None) -> User:
         policy = self.policy
-        if policy.max_attempts == 1:
+        # Fast path: most calls succeed at once, and building a tenacity loop per call costs
+        # more than the rest of the SDK's own work. Tenacity takes over at the first failure.
+        try:
             return await self._attempt(call, slot)
+        except errors.MonoCloudError as exc:
+            if policy.max_attempts == 1 or not classify(exc)[0]:
+                raise
+            first: errors.MonoCloudError | None = exc
+
+        async def attempt() -> User:
+            nonlocal first
+            if first is not None:
+                failed, first = first, None
+                raise failed
+            return await self._attempt(call, slot)
+
         retrying = _tenacity.AsyncRetrying(
             sleep=self.sleep,
             retry=_tenacity.retry_if_exception(lambda exc: classify(exc)[0]),
@@ -230,7 +244,7 @@ class Engine:
             before_sleep=lambda state: self._before_sleep(call, state),
             reraise=True,
         )
-        return await retrying(self._attempt, call, slot)
+        return await retrying(attempt)
 
     def _stop(self, call: _Call, state: _tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.policy.max_attempts:
