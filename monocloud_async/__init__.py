@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from monocloud_async._bulk import BulkReport, BulkResult, BulkRun, PhoneAssignment
+from monocloud_async._bulk import BulkProgress, BulkReport, BulkResult, BulkRun, PhoneAssignment
 from monocloud_async._client import MonoCloudClient
 from monocloud_async._ratelimit import TokenBucket
 from monocloud_async._retry import AttemptEvent, RetryPolicy
@@ -18,6 +18,7 @@ from monocloud_async.models import User, UserPhone
 __all__ = [
     "APIError",
     "AttemptEvent",
+    "BulkProgress",
     "BulkReport",
     "BulkResult",
     "BulkRun",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import math
 import os
 import random
@@ -31,13 +30,12 @@ if TYPE_CHECKING:
 
     import aiohttp
 
-    from monocloud_async._bulk import BulkRun, PhoneAssignment
+    from monocloud_async._bulk import BulkProgress, BulkRun, PhoneAssignment
     from monocloud_async._ratelimit import RateLimiter
     from monocloud_async.models import User
 
 __all__ = ["MonoCloudClient", "Users"]
 
-logger = logging.getLogger("monocloud_async")
 
 ENV_DOMAIN: Final = "MONOCLOUD_MANAGEMENT_DOMAIN"
 ENV_API_KEY: Final = "MONOCLOUD_MANAGEMENT_API_KEY"
@@ -309,7 +307,7 @@ class Users:
         *,
         concurrency: int = 16,
         exist_ok: bool = False,
-        progress: Any = None,
+        progress: BulkProgress | None = None,
     ) -> BulkRun:
         """Add phone numbers to many users in parallel; see ``BulkRun``.
 

@@ -29,6 +29,7 @@ from monocloud_async._sansio import (
     Request,
     api_error,
     get_user_request,
+    parse_retry_after,
     read_user,
     request_id_of,
 )
@@ -37,7 +38,10 @@ from monocloud_async.models import User
 
 __all__ = ["AttemptEvent", "Engine", "RetryPolicy", "classify"]
 
-logger = logging.getLogger("monocloud_async")
+# Children of the documented ``monocloud_async`` logger, so apps can silence one kind:
+# per-request lines (DEBUG), retries (WARNING), reconciliations (INFO).
+http_logger = logging.getLogger("monocloud_async.http")
+retry_logger = logging.getLogger("monocloud_async.retry")
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -239,15 +243,27 @@ class Engine:
         retrying = _tenacity.AsyncRetrying(
             sleep=self.sleep,
             retry=_tenacity.retry_if_exception(lambda exc: classify(exc)[0]),
-            wait=lambda state: policy.backoff(state.attempt_number, self.rng),
+            wait=self._wait,
             stop=lambda state: self._stop(call, state),
             before_sleep=lambda state: self._before_sleep(call, state),
             reraise=True,
         )
         return await retrying(attempt)
 
+    def _wait(self, state: _tenacity.RetryCallState) -> float:
+        """The backoff, or the server's ``Retry-After`` on a 5xx when that is longer."""
+        wait = self.policy.backoff(state.attempt_number, self.rng)
+        exc = state.outcome.exception() if state.outcome is not None else None
+        if isinstance(exc, errors.APIError) and "Retry-After" in exc.headers:
+            stated = parse_retry_after(exc.headers["Retry-After"], self.pacer.wall_clock())
+            if stated is not None:
+                wait = max(wait, stated)
+        return wait
+
     def _stop(self, call: _Call, state: _tenacity.RetryCallState) -> bool:
         if state.attempt_number >= self.policy.max_attempts:
+            return True
+        if state.upcoming_sleep > self.policy.max_retry_after:
             return True
         if self.budget is not None and not self.budget.can_retry():
             return True
@@ -256,8 +272,8 @@ class Engine:
 
     def _before_sleep(self, call: _Call, state: _tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome is not None else None
-        if logger.isEnabledFor(logging.WARNING):
-            logger.warning(
+        if retry_logger.isEnabledFor(logging.WARNING):
+            retry_logger.warning(
                 "%s %s failed (%s); retrying in %.2f s (attempt %d of %d)",
                 call.request.method,
                 call.request.path,
@@ -382,7 +398,7 @@ class Engine:
         info: RateLimitInfo,
         wait: float | None = None,
     ) -> None:
-        if self.on_attempt is None and not logger.isEnabledFor(logging.DEBUG):
+        if self.on_attempt is None and not http_logger.isEnabledFor(logging.DEBUG):
             return
         from collections.abc import Mapping  # noqa: PLC0415 - cold path
 
@@ -403,8 +419,8 @@ class Engine:
         )
 
     def _emit(self, event: AttemptEvent) -> None:
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug(
+        if http_logger.isEnabledFor(logging.DEBUG):
+            http_logger.debug(
                 "%s %s -> %s in %.1f ms (attempt %d, %s)",
                 "POST" if event.operation == "add_phone" else "GET",
                 event.path,
@@ -436,7 +452,7 @@ class Engine:
         finally:
             call.attempts += read.attempts
         if phone is not None and user.has_phone(phone):
-            logger.info(
+            retry_logger.info(
                 "%s %s: phone %s is on the user (%s); returning the current user",
                 call.request.method,
                 call.request.path,

@@ -24,7 +24,7 @@ from monocloud_async._convert import loads, structure_problem, structure_user
 from monocloud_async._redact import mask_phone, redact
 from monocloud_async.models import IdentityError, ProblemDetails, User
 
-_E164: Final = re.compile(r"\+[1-9]\d{1,14}")
+_E164: Final = re.compile(r"\+[1-9][0-9]{1,14}")  # [0-9]: \d also matches non-ASCII digits
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _LOOPBACK_NAMES: Final = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
 _EXCERPT_CHARS: Final = 200
@@ -260,7 +260,8 @@ def api_error(
     if cls is None:
         cls = errors.ServerError if 500 <= status < 600 else errors.APIError  # noqa: PLR2004
     request_id = request_id_of(headers, problem)
-    summary = _summary(problem, body)
+    # Server text may echo the phone number; the request id (hex) must stay readable.
+    summary = redact(_summary(problem, body))
     message = f"{status} {_phrase(status)}: {summary}" if summary else f"{status} {_phrase(status)}"
     if request_id:
         message += f" (request id {request_id})"
@@ -275,7 +276,7 @@ def api_error(
         kwargs["errors"] = _problem_errors(problem)
     elif cls is errors.RateLimitError:
         kwargs["retry_after"] = parse_retry_after(headers.get("Retry-After"))
-    return cls(redact(message), **kwargs)
+    return cls(message, **kwargs)
 
 
 def _phrase(status: int) -> str:
