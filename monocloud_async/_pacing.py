@@ -136,7 +136,9 @@ class Pacer:
             stated = info.reset
         if stated is not None:
             self.gate.close_until(self.clock() + stated)
-        if self.learning:
+        elif self.learning:
+            # Only a 429 that says nothing teaches a rate: a stated wait is honoured at the
+            # shared gate, and a lone throttle must not pin the client to its measured ~1/s.
             self.adaptive.on_throttle(sent_at)
         return stated
 

@@ -346,6 +346,25 @@ class TestThrottling:
         assert 11 == len(times)
         assert 1 == sum(1 for t in times if t < 1002.0)
 
+    async def test_stated_waits_do_not_teach_a_rate(self, mocked, clock, user_json):
+        """429s that state their wait pause at the gate but leave the client's rate unlimited."""
+        mocked.post(URL, status=429, headers={"Retry-After": "0.05"})
+        mocked.post(URL, status=429, headers={"Retry-After": "0.05"})
+        mocked.post(URL, payload=user_json, repeat=True)
+        async with make_client(clock) as client:
+            start = clock.now
+            await asyncio.gather(*(client.users.add_phone("u", PHONE) for _ in range(5)))
+            assert client._engine.pacer.adaptive.rate is None
+        assert clock.now - start < 0.2
+
+    async def test_silent_429s_teach_a_rate(self, mocked, clock, user_json):
+        """429s without any stated wait make the client learn a rate."""
+        mocked.post(URL, status=429)
+        mocked.post(URL, payload=user_json, repeat=True)
+        async with make_client(clock) as client:
+            await client.users.add_phone("u", PHONE)
+            assert client._engine.pacer.adaptive.rate is not None
+
     async def test_remaining_zero_holds_sends(self, mocked, clock, user_json):
         """A success saying nothing remains holds the next send until its reset."""
         mocked.post(
