@@ -8,12 +8,12 @@ Both are async fixtures and need pytest-asyncio; without it the plugin loads and
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
+    from monocloud_async import MonoCloudClient
     from monocloud_async.testing import FakeMonoCloud
 
 try:
@@ -35,11 +35,11 @@ if _HAVE_PYTEST_ASYNCIO:
             yield fake
 
     @pytest_asyncio.fixture(name="monocloud_client")
-    async def _monocloud_client(fake_monocloud: FakeMonoCloud) -> AsyncIterator[Any]:
+    async def _monocloud_client(fake_monocloud: FakeMonoCloud) -> AsyncIterator[MonoCloudClient]:
         """A ``MonoCloudClient`` talking to ``fake_monocloud``, closed after the test."""
-        # Looked up at use: the client may not import cleanly while the fake is useful alone.
-        client_class = importlib.import_module("monocloud_async").MonoCloudClient
-        async with client_class(
+        from monocloud_async import MonoCloudClient  # noqa: PLC0415 - as above
+
+        async with MonoCloudClient(
             domain=fake_monocloud.domain, api_key=fake_monocloud.api_key
         ) as client:
             yield client
