@@ -10,8 +10,8 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (slow and benchmark tests excluded)."""
-    session.install("-e", ".[orjson]", "--group", "test")
+    """Run the test suite (slow and benchmark tests excluded; Redis tests need redis-server)."""
+    session.install("-e", ".[orjson,redis]", "--group", "test")
     session.run("python", "-m", "pytest", *session.posargs)
 
 

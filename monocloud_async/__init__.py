@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monocloud_async._bulk import BulkProgress, BulkReport, BulkResult, BulkRun, PhoneAssignment
 from monocloud_async._client import MonoCloudClient
@@ -14,6 +14,9 @@ from monocloud_async._ratelimit import TokenBucket
 from monocloud_async._retry import AttemptEvent, RetryPolicy
 from monocloud_async.errors import APIError, MonoCloudError, RateLimitError
 from monocloud_async.models import User, UserPhone
+
+if TYPE_CHECKING:
+    from monocloud_async._redis import RedisRateLimiter
 
 __all__ = [
     "APIError",
@@ -26,6 +29,7 @@ __all__ = [
     "MonoCloudError",
     "PhoneAssignment",
     "RateLimitError",
+    "RedisRateLimiter",
     "RetryPolicy",
     "TokenBucket",
     "User",
@@ -35,9 +39,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # Looked up lazily: reading package metadata costs import time.
+    # Both looked up lazily: package metadata and the redis module cost import time.
     if name == "__version__":
         from importlib.metadata import version  # noqa: PLC0415
 
         return version("monocloud-async")
+    if name == "RedisRateLimiter":
+        from monocloud_async._redis import RedisRateLimiter  # noqa: PLC0415
+
+        return RedisRateLimiter
     raise AttributeError(f"module 'monocloud_async' has no attribute {name!r}")

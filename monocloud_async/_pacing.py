@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 import attrs
 
@@ -31,6 +31,24 @@ HEADER_RATE_MARGIN: Final = 0.985
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
+
+
+@runtime_checkable
+class SharedRateLimiter(Protocol):
+    """A ``rate_limiter`` that also shares 429s with other clients (``RedisRateLimiter``).
+
+    Besides ``acquire()``, the client tells it about every 429 and every success, so that a
+    429 seen by one process pauses the whole fleet and learned rate cuts apply fleet-wide.
+    """
+
+    async def acquire(self) -> None:
+        """Wait until a request may be sent."""
+
+    async def on_throttle(self, retry_after: float | None) -> None:
+        """A 429 arrived; ``retry_after`` is the server's stated wait, if any."""
+
+    def on_success(self) -> None:
+        """A request succeeded (cheap, synchronous)."""
 
 
 @attrs.define(eq=False)
@@ -54,10 +72,13 @@ class Pacer:
     _announced: float | None = attrs.field(init=False, default=None)
     _probe: asyncio.Event | None = attrs.field(init=False, default=None)
     _probing: bool = attrs.field(init=False, default=False)
+    shared: SharedRateLimiter | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         self.gate = RateLimitGate(clock=self.clock, sleep=self.sleep)
         self.adaptive = AdaptiveRateLimiter(clock=self.clock, sleep=self.sleep)
+        if isinstance(self.limiter, SharedRateLimiter):
+            self.shared = self.limiter
 
     @property
     def learning(self) -> bool:
@@ -119,8 +140,11 @@ class Pacer:
                 self.adaptive.set_rate(rate * HEADER_RATE_MARGIN)
             if info.remaining is not None and info.remaining <= 0 and info.reset:
                 self.gate.close_until(self.clock() + info.reset)
-        if self.learning and 200 <= status < 300:  # noqa: PLR2004
-            self.adaptive.on_success()
+        if 200 <= status < 300:  # noqa: PLR2004
+            if self.learning:
+                self.adaptive.on_success()
+            elif self.shared is not None:
+                self.shared.on_success()
         return info
 
     def on_throttle(
@@ -141,6 +165,15 @@ class Pacer:
             # shared gate, and a lone throttle must not pin the client to its measured ~1/s.
             self.adaptive.on_throttle(sent_at)
         return stated
+
+    async def share_throttle(self, stated: float | None, max_wait: float) -> None:
+        """Tell a shared limiter about a 429, so every process of the fleet pauses or slows.
+
+        A stated wait above ``max_wait`` is not shared: this call raises ``RateLimitError``
+        rather than wait, and other processes must not be put to sleep that long either.
+        """
+        if self.shared is not None and (stated is None or stated <= max_wait):
+            await self.shared.on_throttle(stated)
 
     def release_probe(self) -> None:
         """Let waiting calls go when the first request failed without any response."""

@@ -324,6 +324,7 @@ class Engine:
             if status == 429:  # noqa: PLR2004
                 throttled += 1
                 stated = self.pacer.on_throttle(headers, info, sent_at)
+                await self.pacer.share_throttle(stated, self.policy.max_retry_after)
                 wait = self._throttle_wait(call, stated, throttled)
                 if wait is None:
                     error = api_error(status, headers, body)
