@@ -82,6 +82,18 @@ def _rate_value(name: str, value: float) -> float:
     return number
 
 
+def burst_for(rate: float, burst: float | None) -> float:
+    """The burst in force: ``burst`` as given, else ``max(1, rate * DEFAULT_BURST_SECONDS)``."""
+    if burst is not None:
+        return burst
+    return max(1.0, rate * DEFAULT_BURST_SECONDS)
+
+
+def spendable(burst: float) -> float:
+    """How much of a burst a limiter lets go at once: ``BURST_MARGIN`` of it, at least one."""
+    return max(1.0, burst * BURST_MARGIN)
+
+
 def _rng_or_default(rng: random.Random | None) -> random.Random:
     return random.Random() if rng is None else rng  # noqa: S311 (jitter, not cryptography)
 
@@ -157,13 +169,11 @@ class TokenBucket:
     @property
     def burst(self) -> float:
         """The burst: as given, else ``max(1, rate * 0.05)`` for the current rate."""
-        if self._burst_setting is not None:
-            return self._burst_setting
-        return max(1.0, self._rate * DEFAULT_BURST_SECONDS)
+        return burst_for(self._rate, self._burst_setting)
 
     @property
     def _capacity(self) -> float:
-        return max(1.0, self.burst * BURST_MARGIN)
+        return spendable(self.burst)
 
     def set_rate(self, rate: float) -> None:
         """Change the rate from now on; tokens accrued so far are kept (up to the capacity).

@@ -49,11 +49,12 @@ from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 import attrs
 
 from monocloud_async._ratelimit import (
-    BURST_MARGIN,
-    DEFAULT_BURST_SECONDS,
+    CUT_FACTOR,
     Clock,
     Sleep,
     TokenBucket,
+    burst_for,
+    spendable,
 )
 from monocloud_async.errors import ConfigurationError
 
@@ -76,8 +77,6 @@ DEFAULT_TIMEOUT: Final = 0.25
 #: falls back on its own, so N processes send up to ``N * fallback_share * rate``: pass
 #: ``fallback_share=1/N`` for a fleet of N that must stay under the limit during an outage.
 DEFAULT_FALLBACK_SHARE: Final = 0.5
-#: Share of the rate kept by a cut (a 429 without a stated wait), as AdaptiveRateLimiter.
-CUT_FACTOR: Final = 0.8
 #: Throttles within this many seconds of the last cut belong to the same congestion event:
 #: the answers to requests already in flight when the rate was cut.
 EVENT_WINDOW: Final = 0.2
@@ -402,9 +401,7 @@ class RedisRateLimiter:
     @property
     def burst(self) -> float:
         """The burst: as given, else ``max(1, rate * 0.05)``."""
-        if self._burst_setting is not None:
-            return self._burst_setting
-        return max(1.0, self._rate * DEFAULT_BURST_SECONDS)
+        return burst_for(self._rate, self._burst_setting)
 
     @property
     def effective_rate(self) -> float:
@@ -418,7 +415,7 @@ class RedisRateLimiter:
 
     @property
     def _capacity(self) -> float:
-        return max(1.0, self.burst * BURST_MARGIN)
+        return spendable(self.burst)
 
     async def acquire(self) -> None:
         """Wait until the shared limit allows one more request, and account for it.
