@@ -62,7 +62,7 @@ from monocloud_async import errors
 from monocloud_async._bulk import FATAL, BulkResult, PhoneAssignment
 from monocloud_async._client import ENV_API_KEY, ENV_DOMAIN, MonoCloudClient
 from monocloud_async._ratelimit import TokenBucket
-from monocloud_async._redact import redact
+from monocloud_async._redact import mask_digits, redact
 from monocloud_async._sansio import api_base
 
 if TYPE_CHECKING:
@@ -126,23 +126,6 @@ class _InputReadError(Exception):
 
 # --------------------------------------------------------------------------------------------
 # Small pure helpers
-
-
-def mask_number(number: str) -> str:
-    """Mask every digit of a phone number but the last four: ``+919988776655`` -> ``+********6655``.
-
-    Numbers with four digits or fewer are masked entirely.
-    """
-    digits = sum(ch.isdigit() for ch in number)
-    keep = 4 if digits > 4 else 0  # noqa: PLR2004 - the documented masking boundary
-    out: list[str] = []
-    for ch in reversed(number):
-        if ch.isdigit():
-            out.append(ch if keep > 0 else "*")
-            keep -= 1
-        else:
-            out.append(ch)
-    return "".join(reversed(out))
 
 
 def parse_bool(value: object, name: str) -> bool:
@@ -1038,7 +1021,7 @@ def phones_table(user: User) -> list[str]:
     rows += [
         (
             phone.id,
-            mask_number(phone.phone),
+            mask_digits(phone.phone),
             "yes" if phone.primary else "no",
             "yes" if phone.verified else "no",
         )

@@ -30,10 +30,10 @@ from monocloud_async._cli import (
     Tally,
     default_limit_key,
     main,
-    mask_number,
     parse_bool,
     parse_shard,
 )
+from monocloud_async._redact import mask_digits
 from monocloud_async.testing import FakeMonoCloud, RecordedRequest
 
 ENV_DOMAIN = "MONOCLOUD_MANAGEMENT_DOMAIN"
@@ -159,9 +159,9 @@ class TestHelpers:
         ("number", "masked"),
         [("+919988776655", "+********6655"), ("+15551230001", "+*******0001"), ("+123", "+***")],
     )
-    def test_mask_number(self, number, masked):
+    def test_mask_digits(self, number, masked):
         """Keeps only the last four digits (all masked when there are four or fewer)."""
-        assert masked == mask_number(number)
+        assert masked == mask_digits(number)
 
     @pytest.mark.parametrize(
         ("value", "expected"),
@@ -260,7 +260,7 @@ class TestAddPhone:
             "add-phone", user, PHONES[0], "--verified", "--skip-restriction-checks", *served.options
         )
         assert 0 == ran.code
-        assert mask_number(PHONES[0]) in ran.out
+        assert mask_digits(PHONES[0]) in ran.out
         assert "yes" in ran.out
         assert PHONES[0] not in ran.out + ran.err
         body = served.phone_posts()[0].json
