@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from monocloud_async import MonoCloudClient, PhoneAssignment, RetryPolicy, errors
-from monocloud_async.testing import FakeMonoCloud, _fake
+from monocloud_async.testing import FakeMonoCloud
 
 PHONE = "+919988776655"
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
@@ -58,9 +58,9 @@ class Warp:
 
 
 @pytest.fixture(name="warp")
-def _warp(monkeypatch):
+def _warp(fake):
     warp = Warp(WARP)
-    monkeypatch.setattr(_fake, "time", warp)
+    fake.clock = warp.monotonic
     return warp
 
 

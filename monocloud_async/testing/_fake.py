@@ -723,6 +723,9 @@ class FakeMonoCloud:
             a run replays identically for the same seed and the same requests.
         port: The port to listen on; 0 picks a free one.
         record_requests: Append every request to `requests`; turn off for long benchmarks.
+        clock: The monotonic clock of the rate limiter and of `RecordedRequest.time`; a test
+            can speed time up for the fake and the client alike (pass the client the same
+            clock and a matching ``sleep``).
 
     Attributes:
         users: ``user_id`` -> the stored User JSON object; edit it freely to set up a test.
@@ -734,6 +737,7 @@ class FakeMonoCloud:
     seed: int = attrs.field(default=0, kw_only=True)
     port: int = attrs.field(default=0, kw_only=True)
     record_requests: bool = attrs.field(default=True, kw_only=True)
+    clock: Callable[[], float] = attrs.field(default=time.monotonic, kw_only=True)
     users: dict[str, dict[str, Any]] = attrs.field(init=False, factory=dict)
     requests: list[RecordedRequest] = attrs.field(init=False, factory=list)
     stats: FakeStats = attrs.field(init=False, factory=FakeStats)
@@ -906,7 +910,7 @@ class FakeMonoCloud:
         burst = max(1.0, rate / 10) if burst is None else float(burst)
         if not (math.isfinite(burst) and burst >= 1):
             raise ValueError(f"burst must be a finite number >= 1, not {burst}")
-        now = time.monotonic()
+        now = self.clock()
         tokens = burst
         if self._bucket is not None:
             self._bucket.refill(now)
@@ -929,7 +933,7 @@ class FakeMonoCloud:
         raw, too_large = await self._read(request)
         # No await from here to the delay, so requests take their place in the records, their
         # ids, rate-limit tokens and faults in one and the same arrival order.
-        now = time.monotonic()
+        now = self.clock()
         call = self._arrive(request, raw, now)
         headers = {"X-Request-Id": call.request_id}
         decision = None
