@@ -89,6 +89,21 @@ class Pacer:
         """Seconds until the shared gate opens (0 when open)."""
         return self.gate.wait_time()
 
+    def may_send_now(self) -> bool:
+        """Whether a request may go out without waiting at all (the common case).
+
+        True only with the first contact made, the gate open, no caller limiter and no rate
+        in force; it then counts the send for the learned rate. Otherwise the caller awaits
+        :meth:`before_send`, which handles every waiting case.
+        """
+        return (
+            self.limiter is None
+            and self._probe is not None
+            and self._probe.is_set()
+            and self.gate.wait_time() <= 0
+            and self.adaptive.acquire_nowait()
+        )
+
     async def before_send(self, deadline_at: float | None, max_wait: float) -> None:
         """Wait until this client may send.
 

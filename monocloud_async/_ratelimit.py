@@ -399,6 +399,19 @@ class AdaptiveRateLimiter:
         """Wait until the learned rate allows one more request (at once while unlimited)."""
         if self._bucket is not None:
             await self._bucket.acquire()
+        self._note_send()
+
+    def acquire_nowait(self) -> bool:
+        """Take the next send at once if no rate is in force; False means ``await acquire()``.
+
+        Saves the hot path a coroutine per request while the rate is unlimited.
+        """
+        if self._bucket is not None:
+            return False
+        self._note_send()
+        return True
+
+    def _note_send(self) -> None:
         now = self._clock()
         self._sent.append(now)
         self._forget_before(now)

@@ -296,16 +296,18 @@ class Engine:
         request = call.request
         throttled = 0
         while True:
-            await self.pacer.before_send(call.deadline_at, self.policy.max_retry_after)
+            pacer = self.pacer
+            if not pacer.may_send_now():
+                await pacer.before_send(call.deadline_at, self.policy.max_retry_after)
+            sent_at = self.clock()
             timeout = self.timeout
             if call.deadline_at is not None:
-                timeout = min(timeout, call.deadline_at - self.clock())
+                timeout = min(timeout, call.deadline_at - sent_at)
                 if timeout <= 0:
                     raise errors.MonoCloudTimeoutError(
                         f"the call's deadline of {self.deadline} s passed", maybe_sent=False
                     )
             call.attempts += 1
-            sent_at = self.clock()
             try:
                 if slot is None:
                     status, headers, body = await self.transport.send(request, timeout)

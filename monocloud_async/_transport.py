@@ -14,6 +14,7 @@ from typing import Any, Final
 
 import aiohttp
 import attrs
+import yarl
 
 from monocloud_async import errors
 from monocloud_async._sansio import Request
@@ -22,6 +23,7 @@ __all__ = ["Transport", "user_agent"]
 
 _DNS_CACHE_SECONDS: Final = 300
 _KEEPALIVE_SECONDS: Final = 30.0
+_TIMEOUT_CACHE: Final = 8
 
 Response = tuple[int, Mapping[str, str], bytes]
 
@@ -56,6 +58,8 @@ class Transport:
     _owns_session: bool = attrs.field(init=False, default=False)
     _body_headers: dict[str, str] = attrs.field(init=False, repr=False)
     _request_options: dict[str, Any] = attrs.field(init=False, repr=False)
+    # Most attempts use the client's own timeout; deadline-trimmed ones vary, hence the cap.
+    _timeouts: dict[float, aiohttp.ClientTimeout] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         self._body_headers = {**self.headers, "Content-Type": "application/json"}
@@ -97,14 +101,20 @@ class Transport:
         session = self._get_session()
         url = self.base_url + request.path
         headers = self.headers if request.body is None else self._body_headers
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = aiohttp.ClientTimeout(total=timeout, connect=timeout)
+            if len(self._timeouts) < _TIMEOUT_CACHE:
+                self._timeouts[timeout] = client_timeout
         try:
             async with session.request(
                 request.method,
-                url,
+                # The path is percent-encoded already: spare yarl a second quoting pass.
+                yarl.URL(url, encoded=True),
                 data=request.body,
                 headers=headers,
                 allow_redirects=False,
-                timeout=aiohttp.ClientTimeout(total=timeout, connect=timeout),
+                timeout=client_timeout,
                 **self._request_options,
             ) as resp:
                 body = await resp.read()

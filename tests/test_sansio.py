@@ -150,6 +150,20 @@ class TestRequests:
         } == json.loads(req.body or b"")
         assert "9988776655" not in repr(req)
 
+    @pytest.mark.parametrize("verified", [True, False])
+    @pytest.mark.parametrize("skip", [True, False])
+    def test_add_phone_body_is_compact_json(self, verified, skip):
+        """The body is byte for byte what json.dumps would send."""
+        req = add_phone_request(
+            "u", "+14155550100", is_verified=verified, skip_restriction_checks=skip
+        )
+        expected = {
+            "phone_number": "+14155550100",
+            "is_verified": verified,
+            "skip_restriction_checks": skip,
+        }
+        assert json.dumps(expected, separators=(",", ":")).encode() == req.body
+
     def test_add_phone_rejects_non_bool_flags(self):
         """A truthy string is not a bool: rejected rather than guessed."""
         with pytest.raises(errors.InvalidRequestError):
