@@ -1139,7 +1139,12 @@ class BulkCommand:
         key = self.args.limit_key or default_limit_key(self.domain)
         try:
             module = importlib.import_module("monocloud_async._redis")
-            limiter: RateLimiter = module.RedisRateLimiter(self.args.redis_url, key=key, rate=rate)
+            # While Redis is down each worker paces alone: with --shard K/N there are N of
+            # them, so 1/N each keeps the fleet under the limit.
+            share = 1 / self.args.shard[1] if self.args.shard else 0.5
+            limiter: RateLimiter = module.RedisRateLimiter(
+                self.args.redis_url, key=key, rate=rate, fallback_share=share
+            )
         except ImportError as exc:
             raise UsageError(
                 f"--redis-url needs the redis extra: pip install 'monocloud-async[redis]' ({exc})"

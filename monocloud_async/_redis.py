@@ -77,6 +77,9 @@ DEFAULT_TIMEOUT: Final = 0.25
 #: falls back on its own, so N processes send up to ``N * fallback_share * rate``: pass
 #: ``fallback_share=1/N`` for a fleet of N that must stay under the limit during an outage.
 DEFAULT_FALLBACK_SHARE: Final = 0.5
+#: Connections an owned client keeps, and how many timeouts an acquire may wait for one.
+_POOL_SIZE: Final = 8
+_POOL_WAIT_FACTOR: Final = 4
 #: Throttles within this many seconds of the last cut belong to the same congestion event:
 #: the answers to requests already in flight when the rate was cut.
 EVENT_WINDOW: Final = 0.2
@@ -321,8 +324,13 @@ class RedisRateLimiter:
         if isinstance(arg, str):
             self._where = _redact_url(arg)
             try:
-                client = aioredis.Redis.from_url(
+                # A small blocking pool: one round trip per acquire needs few connections, and
+                # a burst of acquires (a bulk run starting) must not open a connection each:
+                # a hundred connects at once overran the timeout and faked an outage.
+                pool = aioredis.BlockingConnectionPool.from_url(
                     arg,
+                    max_connections=_POOL_SIZE,
+                    timeout=_POOL_WAIT_FACTOR * self._timeout,
                     socket_connect_timeout=self._timeout,
                     socket_timeout=self._timeout,
                     # redis-py retries 10 times with backoff by default: a stall of seconds.
@@ -332,6 +340,7 @@ class RedisRateLimiter:
                     retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
                     client_name="monocloud-async",
                 )
+                client = aioredis.Redis.from_pool(pool)
             except ValueError:
                 # redis-py's message may quote the URL, password included: do not chain it.
                 raise ConfigurationError(

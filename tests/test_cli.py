@@ -647,15 +647,19 @@ class TestRedis:
         assert [] == served.fake.requests
 
     @pytest.mark.parametrize(
-        ("key_option", "key"), [([], None), (["--limit-key", "fleet"], "fleet")]
+        ("key_option", "key", "shard", "share"),
+        [([], None, [], 0.5), (["--limit-key", "fleet"], "fleet", ["--shard", "0/1"], 1.0)],
     )
-    def test_shared_limiter(self, served, cli, tmp_path, monkeypatch, key_option, key):
-        """The Redis limiter gets the URL, the key (derived from the domain by default) and rate."""
+    def test_shared_limiter(
+        self, served, cli, tmp_path, monkeypatch, key_option, key, shard, share
+    ):
+        """The Redis limiter gets the URL, key (from the domain by default), rate and 1/N share."""
         made: list[Any] = []
 
         class RedisRateLimiter:
-            def __init__(self, url: str, *, key: str, rate: float) -> None:
+            def __init__(self, url: str, *, key: str, rate: float, fallback_share: float) -> None:
                 self.args, self.acquired, self.closed = (url, key, rate), 0, False
+                self.share = fallback_share
                 made.append(self)
 
             async def acquire(self) -> None:
@@ -682,10 +686,12 @@ class TestRedis:
                 "--redis-url",
                 url,
                 *key_option,
+                *shard,
                 *served.options,
             ).code
         )
         (limiter,) = made
+        assert share == limiter.share
         expected_key = key or "monocloud-async:" + served.fake.domain.removeprefix("http://")
         assert (url, expected_key, 50.0) == limiter.args
         assert 2 <= limiter.acquired
