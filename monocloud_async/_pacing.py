@@ -27,7 +27,7 @@ __all__ = ["HEADER_RATE_MARGIN", "Pacer"]
 
 #: Share of a server-announced rate the client sends at: jitter on the way to the server
 #: must not turn a client running exactly at the limit into 429s and whole-second stalls.
-HEADER_RATE_MARGIN: Final = 0.985
+HEADER_RATE_MARGIN: Final = 0.99
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -152,7 +152,8 @@ class Pacer:
             rate = info.rate
             if rate is not None and rate > 0 and rate != self._announced:
                 self._announced = rate
-                self.adaptive.set_rate(rate * HEADER_RATE_MARGIN)
+                burst = info.burst if info.burst is not None and info.burst >= 1 else None
+                self.adaptive.set_rate(rate * HEADER_RATE_MARGIN, burst)
             if info.remaining is not None and info.remaining <= 0 and info.reset:
                 self.gate.close_until(self.clock() + info.reset)
         if 200 <= status < 300:  # noqa: PLR2004

@@ -175,7 +175,7 @@ class TokenBucket:
     def _capacity(self) -> float:
         return spendable(self.burst)
 
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, burst: float | None = None) -> None:
         """Change the rate from now on; tokens accrued so far are kept (up to the capacity).
 
         A waiter asleep for its token re-plans at once, so a higher rate takes effect without
@@ -183,13 +183,20 @@ class TokenBucket:
 
         Args:
             rate: Requests per second; finite and above 0.
+            burst: A new burst (at least 1); None keeps the current setting.
 
         Raises:
-            ConfigurationError: ``rate`` is out of range.
+            ConfigurationError: ``rate`` or ``burst`` is out of range.
         """
         rate = _rate_value("rate", rate)
+        if burst is not None:
+            burst = _rate_value("burst", burst)
+            if burst < 1:
+                raise ConfigurationError(f"burst must be at least 1, got {burst!r}")
         self._refill()
         self._rate = rate
+        if burst is not None:
+            self._burst_setting = burst
         self._tokens = min(self._tokens, self._capacity)
         if self._rate_changed is not None:
             _resolve(self._rate_changed)
@@ -416,19 +423,21 @@ class AdaptiveRateLimiter:
         self._sent.append(now)
         self._forget_before(now)
 
-    def set_rate(self, rate: float) -> None:
+    def set_rate(self, rate: float, burst: float | None = None) -> None:
         """Pace at ``rate`` from now on, and take it as the plateau of the increase curve.
 
         For a rate announced by the server: the rate stays near it, and only probes above it
-        after a while (as it would after a cut).
+        after a while (as it would after a cut). ``burst``, when the server announced one,
+        sizes the pacing bucket (of which half may go at once), so a short stall of the event
+        loop does not cost throughput.
 
         Raises:
-            ConfigurationError: ``rate`` is out of range.
+            ConfigurationError: ``rate`` or ``burst`` is out of range.
         """
         rate = _rate_value("rate", rate)
         self._plateau = self._start = rate
         self._epoch = self._clock() - RECOVERY_SECONDS
-        self._apply(rate)
+        self._apply(rate, burst)
 
     def on_throttle(self, sent_at: float) -> None:
         """Account for a throttled (429) request sent at ``sent_at`` (a ``clock`` time).
@@ -464,11 +473,11 @@ class AdaptiveRateLimiter:
         if target > rate * REPLAN_STEP:
             self._bucket.set_rate(target)
 
-    def _apply(self, rate: float) -> None:
+    def _apply(self, rate: float, burst: float | None = None) -> None:
         if self._bucket is None:
-            self._bucket = TokenBucket(rate, clock=self._clock, sleep=self._sleep)
+            self._bucket = TokenBucket(rate, burst, clock=self._clock, sleep=self._sleep)
         else:
-            self._bucket.set_rate(rate)
+            self._bucket.set_rate(rate, burst)
 
     def _forget_before(self, now: float) -> None:
         horizon = now - SEND_WINDOW

@@ -364,12 +364,14 @@ class RateLimitInfo:
         remaining: Requests left in the current window.
         reset: Seconds until the window resets (or the quota refills).
         window: The policy window in seconds (``w=``), when announced.
+        burst: The burst the server allows (``burst=`` in ``RateLimit-Policy``), if announced.
     """
 
     limit: float | None = None
     remaining: float | None = None
     reset: float | None = None
     window: float | None = None
+    burst: float | None = None
 
     @property
     def rate(self) -> float | None:
@@ -452,12 +454,13 @@ def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> Ra
     reset = _reset_seconds(
         _leading_number(headers.get("RateLimit-Reset") or headers.get("X-RateLimit-Reset")), now
     )
-    window = None
+    window = burst = None
     policy = headers.get("RateLimit-Policy")
     if policy:
         first = policy.split(",", 1)[0]
         params = _params(first)
         window = _number(params.get("w", ""))
+        burst = _number(params.get("burst", ""))
         quota = _number(params["q"]) if "q" in params else _leading_number(first)
         if limit is None:
             limit = quota
@@ -470,4 +473,4 @@ def parse_rate_limit(headers: Mapping[str, str], now: float | None = None) -> Ra
             reset = _reset_seconds(_number(params["t"]), now)
     if limit is None and remaining is None and reset is None:
         return NO_RATE_LIMIT_INFO
-    return RateLimitInfo(limit=limit, remaining=remaining, reset=reset, window=window)
+    return RateLimitInfo(limit=limit, remaining=remaining, reset=reset, window=window, burst=burst)

@@ -365,6 +365,16 @@ class TestThrottling:
             await client.users.add_phone("u", PHONE)
             assert client._engine.pacer.adaptive.rate is not None
 
+    async def test_announced_rate_and_burst_are_followed(self, mocked, clock, user_json):
+        """A rate announced in headers paces the client at 99% of it, sized to its burst."""
+        headers = {"RateLimit-Limit": "300", "RateLimit-Policy": "300;w=1;burst=30"}
+        mocked.post(URL, payload=user_json, headers=headers, repeat=True)
+        async with make_client(clock) as client:
+            await client.users.add_phone("u", PHONE)
+            adaptive = client._engine.pacer.adaptive
+            assert (297.0, 30.0) == (adaptive.rate, adaptive._bucket.burst)
+            assert not client._engine.pacer.learning
+
     async def test_remaining_zero_holds_sends(self, mocked, clock, user_json):
         """A success saying nothing remains holds the next send until its reset."""
         mocked.post(

@@ -373,7 +373,7 @@ class TestRateLimitHeaders:
             ),
             (
                 {"RateLimit-Limit": "300", "RateLimit-Policy": "300;w=1;burst=30"},
-                RateLimitInfo(limit=300, window=1),
+                RateLimitInfo(limit=300, window=1, burst=30),
             ),
             (
                 {"RateLimit-Policy": '"default";q=600;w=60'},
