@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Final, Protocol, Self
 
 import attrs
@@ -146,14 +146,18 @@ class BulkRun:
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._wire = asyncio.Semaphore(concurrency)
         self._pending = asyncio.Semaphore(concurrency * _PENDING_FACTOR)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._driver: asyncio.Task[None] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._live = 0
+        self._pull_lock = asyncio.Lock()
+        self._sync_items: Iterator[Any] | None = None
+        self._async_items: AsyncIterator[Any] | None = None
+        self._exhausted = False
         self._finished = False
         self._closed = False
         self._aborting = False
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "running" if self._driver else "ready"
+        state = "closed" if self._closed else "running" if self._workers else "ready"
         return f"<BulkRun concurrency={self._concurrency} {state}>"
 
     @property
@@ -166,8 +170,18 @@ class BulkRun:
     def _start(self) -> None:
         if self._closed:
             raise RuntimeError("this BulkRun is closed")
-        if self._driver is None:
-            self._driver = asyncio.create_task(self._drive(), name="monocloud-bulk-driver")
+        if self._workers:
+            return
+        if isinstance(self._items, AsyncIterable):
+            self._async_items = aiter(self._items)
+        else:
+            self._sync_items = iter(self._items)
+        # Long-lived workers rather than a task per item: a task per item costs more CPU
+        # than the SDK's own work for that item.
+        self._live = self._concurrency * _PENDING_FACTOR
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"monocloud-bulk-{n}") for n in range(self._live)
+        ]
 
     async def __aenter__(self) -> Self:
         self._start()
@@ -186,7 +200,7 @@ class BulkRun:
         if self._closed:
             return
         self._closed = True
-        pending = [t for t in (self._driver, *self._tasks) if t is not None and not t.done()]
+        pending = [t for t in self._workers if not t.done()]
         for task in pending:
             task.cancel()
         if pending:
@@ -230,45 +244,52 @@ class BulkRun:
 
     # -- the work ----------------------------------------------------------------------
 
-    async def _drive(self) -> None:
+    async def _work(self) -> None:
         try:
-            if isinstance(self._items, AsyncIterable):
-                async for raw in self._items:
-                    if not await self._spawn(raw):
-                        break
-            else:
-                for raw in self._items:
-                    if not await self._spawn(raw):
-                        break
-            while self._tasks:
-                await asyncio.wait(set(self._tasks))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the input itself failed: surface it to the reader
-            self._abort(exc)
-            return
-        if not self._aborting:
-            self._queue.put_nowait(_DONE)
+            while not self._aborting:
+                await self._pending.acquire()
+                if self._stopping():
+                    return
+                try:
+                    got, raw = await self._pull()
+                except Exception as exc:  # noqa: BLE001 - the input itself failed: tell the reader
+                    self._abort(exc)
+                    return
+                if not got:
+                    self._pending.release()
+                    return
+                await self._one(raw)
+        finally:
+            self._live -= 1
+            if self._live == 0 and not self._aborting:
+                self._queue.put_nowait(_DONE)
 
-    async def _spawn(self, raw: object) -> bool:
-        await self._pending.acquire()
-        if self._aborting:
-            return False
-        task = asyncio.create_task(self._one(raw))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return True
+    def _stopping(self) -> bool:
+        # A method, not the attribute: it changes while this worker awaits.
+        return self._aborting
+
+    async def _pull(self) -> tuple[bool, object]:
+        """The next input item, as ``(True, item)``, or ``(False, None)`` at the end."""
+        if self._sync_items is not None:
+            raw = next(self._sync_items, _DONE)
+            return (raw is not _DONE), (None if raw is _DONE else raw)
+        async with self._pull_lock:  # an async iterator must not be entered twice at once
+            if self._exhausted or self._async_items is None:
+                return False, None
+            try:
+                return True, await anext(self._async_items)
+            except StopAsyncIteration:
+                self._exhausted = True
+                return False, None
 
     def _abort(self, error: BaseException) -> None:
         if self._aborting:
             return
         self._aborting = True
         current = asyncio.current_task()
-        for task in list(self._tasks):
+        for task in self._workers:
             if task is not current:
                 task.cancel()
-        if self._driver is not None and self._driver is not current:
-            self._driver.cancel()
         self._queue.put_nowait(_Abort(error))
 
     async def _one(self, raw: object) -> None:

@@ -85,6 +85,11 @@ class Pacer:
         """Whether the client is learning the limit from 429s (no limiter, no headers)."""
         return self.limiter is None and self._announced is None
 
+    @property
+    def probed(self) -> bool:
+        """Whether the client's first request has been answered (or has failed)."""
+        return self._probe is not None and self._probe.is_set()
+
     def gate_wait(self) -> float:
         """Seconds until the shared gate opens (0 when open)."""
         return self.gate.wait_time()
@@ -98,8 +103,7 @@ class Pacer:
         """
         return (
             self.limiter is None
-            and self._probe is not None
-            and self._probe.is_set()
+            and self.probed
             and self.gate.wait_time() <= 0
             and self.adaptive.acquire_nowait()
         )

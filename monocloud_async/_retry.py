@@ -226,8 +226,10 @@ class Engine:
         policy = self.policy
         # Fast path: most calls succeed at once, and building a tenacity loop per call costs
         # more than the rest of the SDK's own work. Tenacity takes over at the first failure.
+        # Once the first contact is made, the probe bookkeeping of _attempt is not needed.
+        first_try = self._send_until_not_throttled if self.pacer.probed else self._attempt
         try:
-            return await self._attempt(call, slot)
+            return await first_try(call, slot)
         except errors.MonoCloudError as exc:
             if policy.max_attempts == 1 or not classify(exc)[0]:
                 raise
