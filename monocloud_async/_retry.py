@@ -118,7 +118,9 @@ class AttemptEvent:
         path: The request path below ``/api/``, with the percent-encoded user id.
         attempt: 1 for the first request of the call, counting every request sent.
         outcome: ``success``; ``retry`` (a failure that will be retried); ``throttled`` (a 429
-            that will be waited out and re-sent); ``error`` (final).
+            that will be waited out and re-sent); ``error`` (final for this request; a
+            409/422 may still be reconciled, which shows as a following ``get_user`` event
+            and a successful call).
         status: The HTTP status, or None when no response arrived.
         wait: Seconds the call will wait before its next request, when it will retry.
         reason: Short text: the status phrase or the transport error's class.
