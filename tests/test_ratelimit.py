@@ -155,6 +155,8 @@ async def simulate(
     concurrency: int = 64,
     latency: float = 0.05,
     seed: int = 7,
+    probe: bool = False,
+    backoff: float = 0.0,
 ) -> SimResult:
     """Run ``concurrency`` senders for ``duration`` s against a throttling server.
 
@@ -162,11 +164,19 @@ async def simulate(
     server, which admits or throttles it (its bucket's limit follows ``limits``, pairs of
     (offset, limit)), the trip back, then ``on_success()`` or ``on_throttle(sent_at)``; a
     throttled request is simply sent again. Times in the result are offsets from the start.
+
+    As the client does, ``probe`` sends the first request alone (the others wait for its
+    answer), and ``backoff`` makes a throttled sender wait a random 0 to ``backoff`` seconds
+    before sending again.
     """
     rng = random.Random(seed)
     start = clock()
     server = SimServer(clock, limits[0][1])
     result = SimResult()
+    probed = asyncio.Event()
+    if not probe:
+        probed.set()
+    probing = False
 
     def arrive(verdict: asyncio.Future[bool]) -> None:
         admitted = server.admit()
@@ -174,18 +184,26 @@ async def simulate(
         verdict.set_result(admitted)
 
     async def sender() -> None:
+        nonlocal probing
         loop = asyncio.get_running_loop()
         while True:
+            if not probed.is_set():
+                if probing:
+                    await probed.wait()
+                probing = True
             await limiter.acquire()
             sent_at = clock()
             there, back = (latency * rng.uniform(0.3, 0.7) for _ in range(2))
             verdict: asyncio.Future[bool] = loop.create_future()
             loop.call_later(there, arrive, verdict)  # the server decides on arrival
             await asyncio.sleep(there + back)
+            probed.set()
             if verdict.result():
                 limiter.on_success()
             else:
                 limiter.on_throttle(sent_at)
+                if backoff:
+                    await asyncio.sleep(rng.uniform(0, backoff))
 
     async def operator() -> None:
         for at, limit in limits[1:]:
@@ -705,6 +723,30 @@ class TestAdaptiveRateLimiter:
 
         assert result.achieved(0, 50) / limit >= 0.95
         assert result.throttled_share(0, 50) <= 0.005
+
+    @pytest.mark.asyncio
+    @pytest.mark.parametrize("seed", [7, 8, 9])
+    async def test_simulated_startup_near_zero_latency(self, vclock, seed):
+        """64 senders 2 to 5 ms away from L = 300/s (burst 30): <= 0.5% throttled from t = 0.
+
+        Counts the start too: the probe, the paced ramp and the first cut. Unlimited after the
+        probe, the first wave alone met 34 to 49 throttles (0.8% of the run).
+        """
+        limit = 300.0
+
+        result = await simulate(
+            vclock,
+            AdaptiveRateLimiter(vclock),
+            [(0, limit)],
+            20.0,
+            latency=0.007,
+            seed=seed,
+            probe=True,
+            backoff=0.5,
+        )
+
+        assert result.achieved(0, 20) / limit >= 0.95
+        assert result.throttled_share(0, 20) <= 0.005
 
     @pytest.mark.asyncio
     async def test_simulated_limit_halved_then_restored(self, vclock):
