@@ -14,10 +14,9 @@ import math
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
-import tenacity as _tenacity
 
 from monocloud_async import errors
 from monocloud_async._pacing import Pacer
@@ -35,6 +34,9 @@ from monocloud_async._sansio import (
 )
 from monocloud_async._transport import Transport
 from monocloud_async.models import User
+
+if TYPE_CHECKING:
+    import tenacity as _tenacity
 
 __all__ = ["AttemptEvent", "Engine", "RetryPolicy", "classify"]
 
@@ -243,6 +245,9 @@ class Engine:
                 failed, first = first, None
                 raise failed
             return await self._attempt(call, slot)
+
+        # Imported on the first retry: most processes never need it, and it costs import time.
+        import tenacity as _tenacity  # noqa: PLC0415
 
         retrying = _tenacity.AsyncRetrying(
             sleep=self.sleep,

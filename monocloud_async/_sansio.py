@@ -7,7 +7,6 @@ use ``multidict.CIMultiDict``).
 
 from __future__ import annotations
 
-import email.utils
 import http
 import ipaddress
 import math
@@ -404,7 +403,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if now is None:
         return None
     try:
-        when = email.utils.parsedate_to_datetime(text)
+        from email.utils import parsedate_to_datetime  # noqa: PLC0415 - rare, costly import
+
+        when = parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError):
         return None
     return max(0.0, when.timestamp() - now)
