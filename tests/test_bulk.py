@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import pathlib
+import random
 from collections import Counter
 
 import pytest
@@ -22,6 +23,13 @@ from monocloud_async import (
 from monocloud_async.testing import FakeMonoCloud
 
 FAST = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
+
+
+class TopOfRange(random.Random):
+    """Jitter that always picks the top of its range: a backoff of exactly the cap."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
 
 
 def phone(i: int) -> str:
@@ -132,7 +140,9 @@ class TestBulk:
         users = [fake.add_user() for _ in range(10)]
         fake.fail_next(2)
         slow = RetryPolicy(initial_backoff=0.3, max_backoff=0.3)
-        async with MonoCloudClient(fake.domain, fake.api_key, retry=slow) as client:
+        async with MonoCloudClient(
+            fake.domain, fake.api_key, retry=slow, rng=TopOfRange()
+        ) as client:
             order = [
                 r.attempts
                 async for r in client.users.add_phones(
