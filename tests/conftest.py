@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import aioresponses.core
 import attrs
 import pytest
+import pytest_asyncio
+from helpers import FAST
+
+from monocloud_async import AttemptEvent, MonoCloudClient
+from monocloud_async.testing import FakeMonoCloud
 
 SAMPLES = pathlib.Path(__file__).parent / "samples"
 
@@ -40,6 +46,36 @@ def _user_json() -> dict[str, Any]:
 def _user_bytes() -> bytes:
     """The endpoint documentation's example User, as the raw response body."""
     return (SAMPLES / "user.json").read_bytes()
+
+
+@pytest_asyncio.fixture(name="fake")
+async def _fake() -> AsyncIterator[FakeMonoCloud]:
+    """A running FakeMonoCloud (modules needing other settings define their own)."""
+    async with FakeMonoCloud() as fake:
+        yield fake
+
+
+@pytest.fixture(name="events")
+def _events() -> list[AttemptEvent]:
+    """Collects the AttemptEvents of the ``client`` fixture."""
+    return []
+
+
+@pytest_asyncio.fixture(name="client")
+async def _client(
+    fake: FakeMonoCloud, events: list[AttemptEvent]
+) -> AsyncIterator[MonoCloudClient]:
+    """A MonoCloudClient on ``fake`` with short backoffs, recording its attempts."""
+    async with MonoCloudClient(
+        fake.domain, fake.api_key, retry=FAST, on_attempt=events.append
+    ) as client:
+        yield client
+
+
+@pytest.fixture(name="user_id")
+def _user_id(fake: FakeMonoCloud) -> str:
+    """A user created on ``fake``."""
+    return fake.add_user()
 
 
 @attrs.define

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import pathlib
-import random
 from collections import Counter
 
 import pytest
 import pytest_asyncio
+from helpers import TopOfRange
 
 import monocloud_async
 from monocloud_async import (
@@ -23,13 +23,6 @@ from monocloud_async import (
 from monocloud_async.testing import FakeMonoCloud
 
 FAST = RetryPolicy(initial_backoff=0.005, max_backoff=0.02)
-
-
-class TopOfRange(random.Random):
-    """Jitter that always picks the top of its range: a backoff of exactly the cap."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 def phone(i: int) -> str:

@@ -10,7 +10,7 @@ import re
 import warnings
 
 import pytest
-import pytest_asyncio
+from helpers import FAST
 
 from monocloud_async import MonoCloudClient, PhoneAssignment, RetryPolicy, User, errors
 from monocloud_async._sansio import Request
@@ -19,33 +19,8 @@ from monocloud_async.testing import FakeMonoCloud
 
 PHONE = "+919988776655"
 OTHER_PHONE = "+14155550123"
-FAST = RetryPolicy(initial_backoff=0.01, max_backoff=0.05)
 AGENT = re.compile(r"monocloud-async/\S+ Python/\d+\.\d+\.\d+\S* aiohttp/\S+")
 HEX_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@pytest_asyncio.fixture(name="fake")
-async def _fake():
-    async with FakeMonoCloud() as fake:
-        yield fake
-
-
-@pytest.fixture(name="events")
-def _events():
-    return []
-
-
-@pytest_asyncio.fixture(name="client")
-async def _client(fake, events):
-    async with MonoCloudClient(
-        fake.domain, fake.api_key, retry=FAST, on_attempt=events.append
-    ) as client:
-        yield client
-
-
-@pytest.fixture(name="user_id")
-def _user_id(fake):
-    return fake.add_user()
 
 
 def stored_phones(fake, user_id):

@@ -6,11 +6,9 @@ import asyncio
 import uuid
 
 import pytest
-import pytest_asyncio
 from redis_server import RedisServer, free_port, require, require_binary
 
 from monocloud_async import AttemptEvent, MonoCloudClient, RedisRateLimiter, RetryPolicy
-from monocloud_async.testing import FakeMonoCloud
 
 PHONE = "+14155550100"
 
@@ -27,12 +25,6 @@ def _redis_url():
         yield server.url
     finally:
         server.stop()
-
-
-@pytest_asyncio.fixture(name="fake")
-async def _fake():
-    async with FakeMonoCloud() as fake:
-        yield fake
 
 
 def client_for(fake, limiter, **kwargs):

@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import random
 import time
 
 import attrs
 import pytest
-import pytest_asyncio
+from helpers import FAST, TopOfRange
 
 from monocloud_async import MonoCloudClient, PhoneAssignment, RetryPolicy, errors
-from monocloud_async.testing import FakeMonoCloud
 
 PHONE = "+919988776655"
-FAST = RetryPolicy(max_attempts=4, initial_backoff=0.01, max_backoff=0.05)
 #: How much faster than real time the warped clock runs.
 WARP = 10.0
 #: Tolerance when comparing arrival times at the fake with client-side waits.
 SLACK = 0.005
-
-
-class MaxJitter(random.Random):
-    """Jitter that always picks the top of its range, so a backoff is exactly its cap."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 @attrs.define
@@ -62,30 +52,6 @@ def _warp(fake):
     warp = Warp(WARP)
     fake.clock = warp.monotonic
     return warp
-
-
-@pytest_asyncio.fixture(name="fake")
-async def _fake_server():
-    async with FakeMonoCloud() as fake:
-        yield fake
-
-
-@pytest.fixture(name="events")
-def _events():
-    return []
-
-
-@pytest_asyncio.fixture(name="client")
-async def _client(fake, events):
-    async with MonoCloudClient(
-        fake.domain, fake.api_key, retry=FAST, on_attempt=events.append
-    ) as client:
-        yield client
-
-
-@pytest.fixture(name="user_id")
-def _user_id(fake):
-    return fake.add_user()
 
 
 def stored(fake, user_id):
@@ -389,7 +355,7 @@ class TestCancellation:
                 backing_off.set()
 
         async with MonoCloudClient(
-            fake.domain, fake.api_key, retry=policy, rng=MaxJitter(), on_attempt=on_attempt
+            fake.domain, fake.api_key, retry=policy, rng=TopOfRange(), on_attempt=on_attempt
         ) as client:
             call = asyncio.create_task(client.users.add_phone(user_id, PHONE))
             async with asyncio.timeout(2):

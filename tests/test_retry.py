@@ -13,6 +13,7 @@ import pytest
 import pytest_asyncio
 from aiohttp.client_reqrep import ConnectionKey
 from aioresponses import aioresponses
+from helpers import TopOfRange
 
 from monocloud_async import AttemptEvent, MonoCloudClient, RetryPolicy, errors
 from monocloud_async._retry import classify
@@ -25,13 +26,6 @@ KEY = "mc_secret"
 PHONE = "+919988776655"
 CONN_KEY = ConnectionKey("127.0.0.1", 1, False, True, None, None, None, None)
 PROBLEM = {"Content-Type": "application/problem+json"}
-
-
-class MaxRng(random.Random):
-    """Jitter that always picks the top of its range, so bounds are exact."""
-
-    def uniform(self, a: float, b: float) -> float:
-        return b
 
 
 @pytest.fixture(name="mocked")
@@ -117,7 +111,7 @@ class TestRetryPolicy:
         waits = [policy.backoff(retry, rng) for _ in range(200)]
         assert all(0 <= w <= cap for w in waits)
         assert max(waits) > cap * 0.9
-        assert cap == policy.backoff(retry, MaxRng())
+        assert cap == policy.backoff(retry, TopOfRange())
 
 
 S = "sent once"
@@ -213,7 +207,9 @@ class TestBackoffAndDeadline:
         """A persistent 503 ends in ServerError (not tenacity's) carrying attempts."""
         for _ in range(5):
             mocked.post(URL, status=503)
-        async with make_client(clock, retry=RetryPolicy(max_attempts=4), rng=MaxRng()) as client:
+        async with make_client(
+            clock, retry=RetryPolicy(max_attempts=4), rng=TopOfRange()
+        ) as client:
             with pytest.raises(errors.ServerError) as info:
                 await client.users.add_phone("u", PHONE)
         assert (4, 4) == (info.value.attempts, sent(mocked))
@@ -224,7 +220,7 @@ class TestBackoffAndDeadline:
         for _ in range(5):
             mocked.post(URL, status=503)
         policy = RetryPolicy(max_attempts=5, initial_backoff=2.0, max_backoff=2.0)
-        async with make_client(clock, retry=policy, deadline=5.0, rng=MaxRng()) as client:
+        async with make_client(clock, retry=policy, deadline=5.0, rng=TopOfRange()) as client:
             with pytest.raises(errors.ServerError) as info:
                 await client.users.add_phone("u", PHONE)
         assert [2.0, 2.0] == clock.sleeps
@@ -311,7 +307,7 @@ class TestThrottling:
         """An unreadable Retry-After falls back to a per-call backoff."""
         mocked.post(URL, status=429, headers={"Retry-After": "soon"})
         mocked.post(URL, payload=user_json)
-        async with make_client(clock, rng=MaxRng()) as client:
+        async with make_client(clock, rng=TopOfRange()) as client:
             await client.users.add_phone("u", PHONE)
         assert [0.5] == clock.sleeps
 
